@@ -158,7 +158,6 @@ class GenerationParams:
 @dataclass(frozen=True)
 class ClassifierParams:
     archs: tuple[str, ...]
-    sources: tuple[str, ...]
     pretrained: bool
     freeze_backbone: bool
     epochs: int
@@ -175,9 +174,6 @@ class ClassifierParams:
         for arch in self.archs:
             if arch not in ARCHITECTURES:
                 raise ParamsError(f"classifier.archs: {arch!r} is not one of {', '.join(ARCHITECTURES)}")
-        for source in self.sources:
-            if source not in SOURCES:
-                raise ParamsError(f"classifier.sources: {source!r} is not one of {', '.join(SOURCES)}")
         if self.model_selection not in ("last", "val"):
             raise ParamsError(f"classifier.model_selection must be last or val, got {self.model_selection!r}")
         if self.crop_size > self.image_size:
