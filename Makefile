@@ -1,11 +1,14 @@
 # Two commands: `make repro` (run the pipeline) and `make test` (run the tests). Each sets itself up.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # torch pinned to the releases these offline machines carry; plain pip on any other machine resolves them too.
 TORCH := torch==2.14.1 torchvision==0.29.1
+TIMINGS := .m2m-timings.jsonl
+export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test lint clean-outputs
+.PHONY: setup repro test lint
 
 setup: $(VENV)/.installed
 
@@ -17,12 +20,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 repro: setup
-	@test -d .git || (echo "make repro needs a git checkout (DVC runs inside one)"; exit 1)
-	DVC_NO_ANALYTICS=1 $(BIN)/dvc repro
-
+	@git rev-parse --git-dir >/dev/null 2>&1 || { echo "make repro needs a git checkout (DVC runs inside one)"; exit 1; }
+	rm -f $(TIMINGS)
+	time PATH="$(abspath $(BIN)):$$PATH" M2M_TIMINGS=$(abspath $(TIMINGS)) $(BIN)/dvc repro
+	@if [ -s $(TIMINGS) ]; then $(BIN)/m2m timings $(TIMINGS); fi
 
 test: setup
-	DVC_NO_ANALYTICS=1 $(BIN)/pytest
+	$(BIN)/pytest
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

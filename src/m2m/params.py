@@ -226,7 +226,8 @@ class StageParams:
     sections: tuple[str, ...] = field(default=())
 
     def __getattr__(self, name: str):
-        if name not in self.sections:
+        # A dotted declaration such as "generation.strategy" opens its section (DVC tracks only that key).
+        if name not in self.sections and not any(s.startswith(f"{name}.") for s in self.sections):
             raise ParamsError(f"param section {name!r} is not declared by this stage (declared: {self.sections})")
         return getattr(self.params, name)
 
@@ -245,7 +246,8 @@ def _convert(value, annotation, where: str):
         if not isinstance(value, dict):
             raise ParamsError(f"{where} must be a mapping, got {value!r}")
         key_type, value_type = typing.get_args(annotation)
-        return {_convert(k, key_type, f"{where} key"): _convert(v, value_type, f"{where}.{k}") for k, v in value.items()}
+        return {_convert(k, key_type, f"{where} key"): _convert(v, value_type, f"{where}.{k}")
+                for k, v in value.items()}
     if origin is types.UnionType:
         raise ParamsError(f"{where}: union types are not supported in params")
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
 import sys
 import time
 
@@ -20,6 +22,14 @@ app = typer.Typer(
 STAGE_PARAMS: dict[str, tuple[str, ...]] = {}
 
 
+def record_timing(name: str, seconds: float) -> None:
+    """Append a stage's wall time to $M2M_TIMINGS (set by `make repro`) for the per-stage summary."""
+    log = os.environ.get("M2M_TIMINGS")
+    if log:
+        with open(log, "a") as f:
+            f.write(json.dumps({"stage": name, "seconds": round(seconds, 2)}) + "\n")
+
+
 def stage(name: str, params: tuple[str, ...] = ()):
     """Register a typer command for DVC stage `name` that reads `params`; time it and report errors cleanly."""
 
@@ -34,7 +44,9 @@ def stage(name: str, params: tuple[str, ...] = ()):
             except (M2MError, FileNotFoundError) as err:
                 typer.echo(f"m2m {name}: error: {err}", err=True)
                 sys.exit(2)
-            typer.echo(f"[m2m {name}] done in {time.perf_counter() - start:.1f} s", err=True)
+            seconds = time.perf_counter() - start
+            typer.echo(f"[m2m {name}] done in {seconds:.1f} s", err=True)
+            record_timing(name, seconds)
             return result
 
         return app.command(name)(wrapper)

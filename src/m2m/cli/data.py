@@ -58,7 +58,8 @@ def splits(
                                    p.splits.n_seed_images, p.splits.val_fraction, frozenset(leaked))
             split.to_csv(tmp / f"seed={seed}.csv", index=False)
             counts = split.role.value_counts()
-            typer.echo(f"seed={seed}: " + ", ".join(f"{r} {counts.get(r, 0)}" for r in ("train", "val", "test", "contrast")))
+            roles = ", ".join(f"{role} {counts.get(role, 0)}" for role in ("train", "val", "test", "contrast"))
+            typer.echo(f"seed={seed}: {roles}")
 
 
 @app.command("compose-params")
@@ -72,3 +73,15 @@ def compose_params(
 
     io.write_text(out, compose(conf, overrides or []))
     typer.echo(f"wrote {out}")
+
+
+@app.command("timings")
+def timings(log: Path = typer.Argument(..., help="JSON-lines log written by stages when M2M_TIMINGS is set")) -> None:
+    """Print the per-stage wall-time summary of a `make repro` run."""
+    import json
+
+    rows = pd.DataFrame([json.loads(line) for line in log.read_text().splitlines() if line.strip()])
+    summary = rows.groupby("stage", sort=False).seconds.agg(["count", "sum"])
+    for stage_name, (count, seconds) in summary.iterrows():
+        typer.echo(f"{stage_name:<20} {int(count):>3} run(s) {seconds:>8.1f} s")
+    typer.echo(f"{'total':<20} {len(rows):>3} run(s) {rows.seconds.sum():>8.1f} s")

@@ -22,7 +22,7 @@ def parse_cluster_line(line: str, where: str) -> list[str]:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise M2MError(f"{where}: not a list of names")
     prefixes = [n.rsplit("_", 1)[-1].lower() for n in names]
-    bad = [n for n, p in zip(names, prefixes, strict=True) if len(p) != 8 or any(c not in "0123456789abcdef" for c in p)]
+    bad = [n for n, p in zip(names, prefixes, strict=True) if len(p) != 8 or p.strip("0123456789abcdef")]
     if bad:
         raise M2MError(f"{where}: name(s) {bad} do not end in 8 hex digits of an md5hash")
     return prefixes

@@ -37,7 +37,7 @@ def open_clip_bpe_path() -> Path:
     """The BPE merges file shipped inside open_clip_torch (found without importing the package)."""
     spec = importlib.util.find_spec("open_clip")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("open_clip_torch is not installed; it ships the CLIP BPE vocabulary (pip install open_clip_torch)")
+        raise FileNotFoundError("open_clip_torch is not installed; it ships the CLIP BPE vocabulary file")
     return Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz"
 
 

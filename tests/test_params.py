@@ -1,0 +1,68 @@
+"""Params: conf/ composes to the committed params.yaml; typos and bad values fail with the param's name."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from m2m.compose import compose
+from m2m.params import ParamsError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def raw():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_committed_params_yaml_matches_conf(raw):
+    assert yaml.safe_load(compose(ROOT / "conf", [])) == raw
+
+
+@pytest.mark.parametrize("profile", ["mini", "paper", "tiny"])
+def test_every_profile_is_valid(profile):
+    params = parse_params(yaml.safe_load(compose(ROOT / "conf", [f"profile={profile}"])))
+    assert params.profile == profile
+
+
+def test_paper_profile_has_the_papers_values():
+    p = parse_params(yaml.safe_load(compose(ROOT / "conf", ["profile=paper"])))
+    assert p.seeds == (0, 42, 123, 1111, 1234)
+    assert p.diffusion.resolution == 512 and p.generation.n_per_image == 5
+    assert (p.generation.strength, p.generation.guidance_scale, p.generation.num_inference_steps) == (0.5, 2.0, 100)
+    assert set(p.classifier.archs) == {"vgg16", "resnet18", "vit_b_16"} and p.classifier.epochs == 30
+
+
+def test_unknown_key_is_named(raw):
+    raw = {**raw, "generation": {**raw["generation"], "strenght": 0.7}}
+    with pytest.raises(ParamsError, match=r"generation\.strenght"):
+        parse_params(raw)
+
+
+def test_wrong_type_is_named(raw):
+    raw = {**raw, "splits": {**raw["splits"], "n_seed_images": "eight"}}
+    with pytest.raises(ParamsError, match=r"splits\.n_seed_images"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("setting", "iv", "setting"),
+    ("seeds", [1, 1], "seeds"),
+])
+def test_bad_top_level_values(raw, key, value, message):
+    with pytest.raises(ParamsError, match=message):
+        parse_params({**raw, key: value})
+
+
+def test_strategy_typo_is_named(raw):
+    raw = {**raw, "generation": {**raw["generation"], "strategy": "img2img-lora+ti"}}
+    with pytest.raises(ParamsError, match="generation.strategy"):
+        parse_params(raw)
+
+
+def test_stage_sees_only_declared_sections(tmp_path):
+    params = load_params(ROOT / "params.yaml", "data")
+    assert params.data.conditions
+    with pytest.raises(ParamsError, match="not declared"):
+        _ = params.splits
