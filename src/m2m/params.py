@@ -73,45 +73,79 @@ class SplitsParams:
 
 @dataclass(frozen=True)
 class ImagesParams:
-    """Where the images come from: the procedural mini world, a download, or a local folder."""
+    """Where the images come from: the procedural mini world, a download, or a local folder.
 
-    source: str
-    folder: str
-    render_size: int
-    concurrency: int
-    timeout_s: float
-    retries: int
-    backoff_s: float
-    max_redirects: int
-    user_agent: str
-    strict_md5: bool
+    The defaults serve `m2m images` run standalone without a params file; params.yaml must still give every key.
+    """
+
+    source: str = "download"
+    folder: str = ""
+    render_size: int = 64
+    concurrency: int = 8
+    timeout_s: float = 30.0
+    retries: int = 4
+    backoff_s: float = 1.0
+    max_redirects: int = 5
+    user_agent: str = "m2m-research-fetch/0.1 (+Fitzpatrick17k subset; academic use)"
+    strict_md5: bool = False
 
     def __post_init__(self):
         if self.source not in ("mini", "download", "folder"):
             raise ParamsError(f"images.source must be mini, download or folder, got {self.source!r}")
         if self.source == "folder" and not self.folder:
             raise ParamsError("images.source is 'folder' but images.folder is empty")
+        for name in ("render_size", "concurrency"):
+            if getattr(self, name) < 1:
+                raise ParamsError(f"images.{name} must be >= 1, got {getattr(self, name)}")
+        if self.timeout_s <= 0:
+            raise ParamsError(f"images.timeout_s must be > 0, got {self.timeout_s}")
+        for name in ("retries", "backoff_s", "max_redirects"):
+            if getattr(self, name) < 0:
+                raise ParamsError(f"images.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
 class DiffusionParams:
-    """The base model and how it runs."""
+    """The base model and how it runs. `threads`: torch CPU threads (0 = torch's default)."""
 
     base_model: str
     resolution: int
     device: str
     dtype: str
+    threads: int
     skin_phrases: dict[int, str]
 
     def __post_init__(self):
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ParamsError(f"diffusion.dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
+        if self.device.split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
+            raise ParamsError(f"diffusion.device must be auto, cpu, cuda, cuda:<n> or mps, got {self.device!r}")
         if self.resolution % 8:
             raise ParamsError(f"diffusion.resolution must be a multiple of 8, got {self.resolution}")
+        if self.threads < 0:
+            raise ParamsError(f"diffusion.threads must be >= 0 (0 = torch's default), got {self.threads}")
+        for fst in self.skin_phrases:
+            if fst not in range(1, 7):
+                raise ParamsError(f"diffusion.skin_phrases: Fitzpatrick type {fst} is not in 1..6")
+
+
+def _require_fields(where: str, template: str, *fields: str) -> None:
+    """Raise unless the prompt `template` (param `where`) has every `{field}`."""
+    missing = [f for f in fields if "{" + f + "}" not in template]
+    if missing:
+        raise ParamsError(f"{where} {template!r} lacks {', '.join('{' + f + '}' for f in missing)}")
+
+
+def _require_positive(section: str, **values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ParamsError(f"{section}.{name} must be > 0, got {value}")
 
 
 @dataclass(frozen=True)
 class TextualInversionParams:
+    """One learned token per condition. `steps` are optimizer steps per token (`per_token`) or in all (joint)."""
+
     initializer_token: str
     templates: tuple[str, ...]
     steps: int
@@ -122,9 +156,20 @@ class TextualInversionParams:
     per_token: bool
     flip: bool
 
+    def __post_init__(self):
+        if not self.templates:
+            raise ParamsError("textual_inversion.templates is empty")
+        for template in self.templates:
+            _require_fields("textual_inversion.templates", template, "token")
+        _require_positive("textual_inversion", steps=self.steps, batch_size=self.batch_size,
+                          gradient_accumulation_steps=self.gradient_accumulation_steps,
+                          learning_rate=self.learning_rate)
+
 
 @dataclass(frozen=True)
 class LoraParams:
+    """LoRA on the UNet attention. `caption`'s {token} is the TI token, or the condition name without TI."""
+
     rank: int
     alpha: int
     caption: str
@@ -135,9 +180,18 @@ class LoraParams:
     max_grad_norm: float
     flip: bool
 
+    def __post_init__(self):
+        _require_fields("lora.caption", self.caption, "token", "skin")
+        _require_positive("lora", rank=self.rank, alpha=self.alpha, steps=self.steps, batch_size=self.batch_size,
+                          gradient_accumulation_steps=self.gradient_accumulation_steps,
+                          learning_rate=self.learning_rate, max_grad_norm=self.max_grad_norm)
+
 
 @dataclass(frozen=True)
 class GenerationParams:
+    """Synthetic images. `prompt` (with {token}) serves the strategies with TI, `vanilla_prompt` (with {condition})
+    the others; `batch_size` is images per pipeline call; `strength` is unused by txt2img strategies."""
+
     strategy: str
     n_per_image: int
     strength: float
@@ -145,7 +199,7 @@ class GenerationParams:
     num_inference_steps: int
     batch_size: int
     output_size: int
-    txt2img_prompt: str
+    prompt: str
     vanilla_prompt: str
 
     def __post_init__(self):
@@ -153,6 +207,10 @@ class GenerationParams:
             raise ParamsError(f"generation.strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
         if not 0 < self.strength <= 1:
             raise ParamsError(f"generation.strength must be in (0, 1], got {self.strength}")
+        _require_fields("generation.prompt", self.prompt, "token", "skin")
+        _require_fields("generation.vanilla_prompt", self.vanilla_prompt, "condition", "skin")
+        _require_positive("generation", n_per_image=self.n_per_image, num_inference_steps=self.num_inference_steps,
+                          batch_size=self.batch_size, output_size=self.output_size)
 
 
 @dataclass(frozen=True)

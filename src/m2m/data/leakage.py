@@ -2,6 +2,9 @@
 
 Each cluster line is a Python list literal of names `<label abbreviation>_f<fst>_<index>_<first 8 hex of md5hash>`;
 the 8-hex prefix is unique among Fitzpatrick17k's md5hashes, so it identifies the image.
+
+Stage `leakage` reads one split per repetition seed (data/splits) and reports, per seed, which test images have a
+near-duplicate among the training images.
 """
 
 from __future__ import annotations
@@ -10,7 +13,12 @@ import ast
 from collections.abc import Iterable
 from pathlib import Path
 
+import pandas as pd
+
 from m2m.errors import M2MError
+
+TRAINING_ROLES = ("train", "val")
+PAIR_COLUMNS = ["test_md5hash", "test_label", "test_fst", "train_md5hash", "train_label", "train_fst"]
 
 
 def parse_cluster_line(line: str, where: str) -> list[str]:
@@ -59,3 +67,48 @@ def near_duplicates_of(md5hashes: Iterable[str], cluster_of: dict[str, int]) -> 
     query = set(md5hashes)
     clusters = {cluster_of[h] for h in query if h in cluster_of}
     return {h for h, c in cluster_of.items() if c in clusters and h not in query}
+
+
+def leaked_pairs(split: pd.DataFrame, cluster_of: dict[str, int]) -> pd.DataFrame:
+    """Every (test image, training image) pair of one split that share a near-duplicate cluster.
+
+    Training images are those the generator and the classifier see: roles TRAINING_ROLES.
+
+    Args:
+        split: one seed's split (columns md5hash, label, fitzpatrick_scale, role), in split order.
+        cluster_of: md5hash -> cluster id, from `read_clusters`.
+
+    Returns:
+        PAIR_COLUMNS, one row per pair, in split order of the test image, then of the training image.
+    """
+    training = split[split.role.isin(TRAINING_ROLES)]
+    pairs = []
+    for test in split[split.role == "test"].itertuples(index=False):
+        twins = near_duplicates_of([test.md5hash], cluster_of)
+        test_row = (test.md5hash, test.label, test.fitzpatrick_scale)
+        pairs += [(*test_row, train.md5hash, train.label, train.fitzpatrick_scale)
+                  for train in training[training.md5hash.isin(twins)].itertuples(index=False)]
+    return pd.DataFrame(pairs, columns=PAIR_COLUMNS)
+
+
+def leakage_summary(split: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, int]:
+    """{"test_images": N, "leaked": K}: K of the split's N test images have a near-duplicate in training."""
+    return {"test_images": int((split.role == "test").sum()), "leaked": int(pairs.test_md5hash.nunique())}
+
+
+def leakage_markdown(summaries: dict[int, dict[str, int]], pairs: dict[int, pd.DataFrame]) -> str:
+    """The leakage report: one summary row per repetition seed, then each seed's leaked pairs."""
+    lines = ["# Near-duplicate leakage: test images with a near-duplicate among the training images", "",
+             f"Training images: roles {' + '.join(TRAINING_ROLES)} (what the generator and the classifier train on). "
+             "Near-duplicate clusters: Abhishek, Jain and Hamarneh (2024), complete_clusters.txt.", "",
+             "| seed | test images | leaked | leaked % |", "|---|---|---|---|"]
+    for seed, s in summaries.items():
+        share = 100 * s["leaked"] / s["test_images"] if s["test_images"] else 0.0
+        lines.append(f"| {seed} | {s['test_images']} | {s['leaked']} | {share:.1f} |")
+    for seed, seed_pairs in pairs.items():
+        lines += ["", f"## seed={seed}: {len(seed_pairs)} pair(s)", ""]
+        if len(seed_pairs):
+            lines += ["| test md5hash | label | FST | | training md5hash | label | FST |", "|---" * 7 + "|"]
+            lines += [f"| {p.test_md5hash} | {p.test_label} | {p.test_fst} | <-> | {p.train_md5hash} | {p.train_label} "
+                      f"| {p.train_fst} |" for p in seed_pairs.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
