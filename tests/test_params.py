@@ -66,3 +66,11 @@ def test_stage_sees_only_declared_sections(tmp_path):
     assert params.data.conditions
     with pytest.raises(ParamsError, match="not declared"):
         _ = params.splits
+
+
+def test_a_profile_overrides_the_shared_values():
+    shared = yaml.safe_load((ROOT / "conf/config.yaml").read_text())["textual_inversion"]["per_token"]
+    mini = parse_params(yaml.safe_load(compose(ROOT / "conf", ["profile=mini"])))
+    paper = parse_params(yaml.safe_load(compose(ROOT / "conf", ["profile=paper"])))
+    assert shared is True and paper.textual_inversion.per_token is True
+    assert mini.textual_inversion.per_token is False

@@ -46,12 +46,8 @@ def repo(tmp_path_factory):
            "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.org",
            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.org"}
     config = path / "conf/config.yaml"
-    config.write_text(config.read_text().replace("- profile: mini", "- profile: tiny"))
+    config.write_text(config.read_text().replace("  - profile: mini", "  - profile: tiny"))
     run(["m2m", "compose-params"], path, env)
-    if not (path / "models/base/mini-sd").exists():  # until the embedded model is committed
-        from m2m.diffusion.components import build_pipeline
-
-        build_pipeline("tiny", path / "tmp-tokenizer").save_pretrained(path / "models/base/mini-sd")
     run(["git", "init", "-q"], path, env)
     run(["git", "add", "-A"], path, env)
     run(["git", "commit", "-qm", "project"], path, env)

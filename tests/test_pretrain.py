@@ -10,7 +10,14 @@ import yaml
 from typer.testing import CliRunner
 
 from m2m.cli import STAGE_PARAMS, app
-from m2m.diffusion.pretrain import ParamsError, caption_of, light_dark_side, load_pretrain_params, lr_lambda
+from m2m.diffusion.pretrain import (
+    ParamsError,
+    caption_of,
+    light_dark_side,
+    load_pretrain_params,
+    lr_lambda,
+    structure_correlation,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models/base/mini-sd"
@@ -22,7 +29,7 @@ def tiny_params(tmp_path: Path, **overrides) -> Path:
     raw = yaml.safe_load((ROOT / "pretrain/params.yaml").read_text())
     raw.update(model_size="tiny", threads=1)
     raw["corpus"].update(n_images=24, image_size=16)
-    raw["vae"].update(steps=2, batch_size=4, crop_size=8)
+    raw["vae"].update(steps=2, batch_size=4, crop_size=8, decoder_steps=1, decoder_batch_size=2)
     raw["unet"].update(steps=2, batch_size=4, warmup_steps=1)
     raw["probe"].update(n_per_prompt=2, n_sources=2, inference_steps=4, guidance_scales=[3.0], strengths=[0.5])
     raw.update(overrides)
@@ -60,6 +67,9 @@ def test_helpers():
     rng = np.random.default_rng(0)
     assert caption_of(rng, "skin", "a dark-skinned") == "a photo of skin on a dark-skinned individual"
     assert caption_of(rng, "mole", "a dark-skinned").endswith("a mole on the skin of a dark-skinned individual")
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    assert structure_correlation(image, image) == pytest.approx(1.0)
+    assert structure_correlation(image, np.full_like(image, 128)) == 0.0
 
 
 def invoke(*args: str):
@@ -92,6 +102,7 @@ def test_commands_write_corpus_model_and_probe(tiny_run):
     probe = json.loads((tiny_run / "probe.json").read_text())
     assert set(probe["txt2img"]["g3"]) == {str(f) for f in range(1, 7)}
     assert set(probe["img2img"]["g3"]["s0.5"]) == {"mean_ita", "dark_fraction", "structure_r"}
+    assert set(probe["vae_round_trip"]) == {"mse", "structure_r"}
     assert "| guidance |" in (tiny_run / "probe.md").read_text()
 
 

@@ -110,7 +110,7 @@ def probe_base(
     from m2m.diffusion.pretrain import probe, probe_markdown
 
     p = _setup(params_file)
-    pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(model, dtype=torch.float32, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     images, table = _read_corpus(corpus)
     result = probe(pipe, images, table, p)

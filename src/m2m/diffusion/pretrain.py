@@ -57,6 +57,10 @@ class VaeParams:
     crop_size: int
     learning_rate: float
     kl_weight: float
+    init_logvar: float
+    detail_weight: float
+    decoder_steps: int
+    decoder_batch_size: int
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,16 @@ def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
+def reconstruction_loss(recon, target, detail_weight: float):
+    """MSE weighted towards pixels that differ from the image's mean colour (lesions), normalised by the weights.
+
+    recon, target: (B, 3, H, W) in [-1, 1]. Plain skin dominates every image; unweighted, the VAE learnt the colour
+    long before any lesion.
+    """
+    weight = 1 + detail_weight * (target - target.mean(dim=(2, 3), keepdim=True)).abs().mean(dim=1, keepdim=True)
+    return ((recon - target) ** 2 * weight).mean() / weight.mean()
+
+
 def train_vae(images: np.ndarray, p: PretrainParams, log: Callable[[str], None] = print):
     """Train an AutoencoderKL on random crops of `images` (N, S, S, 3) uint8; set its `scaling_factor`.
 
@@ -179,6 +193,8 @@ def train_vae(images: np.ndarray, p: PretrainParams, log: Callable[[str], None] 
 
     torch.manual_seed(p.seed)
     vae = build_vae(SIZES[p.model_size]).train()
+    with torch.no_grad():  # start with a narrow posterior: at std 1 the latents carried only the skin colour
+        vae.quant_conv.bias[vae.config.latent_channels :] = p.vae.init_logvar
     pixels = to_tensor(images)  # (N, 3, S, S) in [-1, 1]
     opt = torch.optim.AdamW(vae.parameters(), lr=p.vae.learning_rate, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(max(1, p.vae.steps // 20), p.vae.steps))
@@ -191,7 +207,7 @@ def train_vae(images: np.ndarray, p: PretrainParams, log: Callable[[str], None] 
         batch = pixels[idx, :, top : top + c, left : left + c]  # (B, 3, c, c)
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
-        loss = torch.nn.functional.mse_loss(recon, batch) + p.vae.kl_weight * posterior.kl().mean()
+        loss = reconstruction_loss(recon, batch, p.vae.detail_weight) + p.vae.kl_weight * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -201,7 +217,41 @@ def train_vae(images: np.ndarray, p: PretrainParams, log: Callable[[str], None] 
     vae.eval()
     latents = encode_latents(vae, images)[0]
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
-    return vae, float(loss.item())
+    return finetune_decoder(vae, images, p, log) if p.vae.decoder_steps else (vae, float(loss.item()))
+
+
+def finetune_decoder(vae, images: np.ndarray, p: PretrainParams, log: Callable[[str], None] = print):
+    """Fine-tune the decoder on whole images with the encoder frozen; returns (VAE in eval mode, final loss).
+
+    Crop training leaves the decoder's mid-block attention unused to full-size latents (it drew bands across the
+    image); a frozen encoder keeps the latent space, its scaling factor and any UNet trained on it unchanged.
+    """
+    import torch
+
+    torch.manual_seed(p.seed + 2)
+    vae.requires_grad_(False)
+    trainable = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for param in trainable:
+        param.requires_grad_(True)
+    vae.decoder.train()
+    pixels = to_tensor(images)  # (N, 3, S, S) in [-1, 1]
+    opt = torch.optim.AdamW(trainable, lr=p.vae.learning_rate, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(max(1, p.vae.decoder_steps // 20), p.vae.decoder_steps))
+    gen = torch.Generator().manual_seed(p.seed + 2)
+    loss = torch.tensor(float("nan"))
+    for step in range(p.vae.decoder_steps):
+        batch = pixels[torch.randint(len(pixels), (p.vae.decoder_batch_size,), generator=gen)]
+        with torch.no_grad():
+            latents = vae.encode(batch).latent_dist.sample(generator=gen)
+        loss = reconstruction_loss(vae.decode(latents).sample, batch, p.vae.detail_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == p.vae.decoder_steps - 1:
+            log(f"vae decoder step {step} loss {loss.item():.5f}")
+    vae.requires_grad_(True)
+    return vae.eval(), float(loss.item())
 
 
 def encode_latents(vae, images: np.ndarray, batch_size: int = 256):
@@ -354,11 +404,16 @@ def light_dark_side(fst: int, ita: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def structure_correlation(source: np.ndarray, output: np.ndarray) -> float:
-    """Pearson r between the L* maps of two (H, W, 3) uint8 images: 1 = same layout kept, ~0 = unrelated."""
+def structure_correlation(source: np.ndarray, output: np.ndarray, sigma: float = 1.5) -> float:
+    """Pearson r between the smoothed L* maps of two (H, W, 3) uint8 images: 1 = same layout, ~0 = unrelated.
+
+    Smoothing (Gaussian, `sigma` px) compares lesions and lighting rather than pixel grain, which img2img redraws.
+    """
+    from scipy.ndimage import gaussian_filter
+
     from m2m.data.ita import srgb_to_lab
 
-    a, b = (srgb_to_lab(img / 255.0)[..., 0].ravel() for img in (source, output))
+    a, b = (gaussian_filter(srgb_to_lab(img / 255.0)[..., 0], sigma).ravel() for img in (source, output))
     return float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
 
 
@@ -407,6 +462,20 @@ def probe_img2img(pipe, sources: np.ndarray, prompts: list[str], p: PretrainPara
     }
 
 
+def vae_round_trip(vae, images: np.ndarray) -> dict[str, float]:
+    """How much of `images` (N, S, S, 3) uint8 survives encode -> decode (posterior mean): MSE in [-1, 1] units and
+    structure r (1 = lesions and lighting kept; a VAE that keeps only the skin colour scores near 0)."""
+    import torch
+
+    with torch.no_grad():
+        recon = vae.decode(encode_latents(vae, images)[0]).sample.clamp(-1, 1)  # (N, 3, S, S)
+    out = ((recon + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return {
+        "mse": float(((recon - to_tensor(images)) ** 2).mean()),
+        "structure_r": float(np.mean([structure_correlation(a, b) for a, b in zip(images, out, strict=True)])),
+    }
+
+
 def probe(pipe, images: np.ndarray, table, p: PretrainParams) -> dict:
     """All probe numbers as a nested dict: txt2img per guidance, img2img per guidance and strength."""
     from m2m.data.ita import ita_of_image
@@ -415,7 +484,8 @@ def probe(pipe, images: np.ndarray, table, p: PretrainParams) -> dict:
     rng = np.random.default_rng(p.seed)
     prompts = [caption_of(rng, table.lesion[i], p.skin_phrases[p.probe.dark_fst]) for i in light]
     sources = images[light]
-    result = {"source_mean_ita": float(np.mean([ita_of_image(s) for s in sources])), "txt2img": {}, "img2img": {}}
+    result = {"source_mean_ita": float(np.mean([ita_of_image(s) for s in sources])), "txt2img": {}, "img2img": {},
+              "vae_round_trip": vae_round_trip(pipe.vae, sources)}
     for g in p.probe.guidance_scales:
         result["txt2img"][f"g{g:g}"] = probe_txt2img(pipe, p, g)
         result["img2img"][f"g{g:g}"] = {f"s{s:g}": probe_img2img(pipe, sources, prompts, p, g, s)
@@ -425,7 +495,10 @@ def probe(pipe, images: np.ndarray, table, p: PretrainParams) -> dict:
 
 def probe_markdown(result: dict, p: PretrainParams) -> str:
     """The probe's numbers as two markdown tables."""
+    vae = result["vae_round_trip"]
     lines = ["# Probe of the embedded base model (procedural stand-in data)", "",
+             f"VAE round trip of the img2img sources: MSE {vae['mse']:.4f} (pixels in [-1, 1]), structure r "
+             f"{vae['structure_r']:.2f} (1 = lesions kept).", "",
              "## txt2img: mean ITA (share on the right side: ITA > 28 for types 1-2, < 10 for types 5-6)", "",
              "| guidance | " + " | ".join(f"type {f}" for f in sorted(p.skin_phrases)) + " |",
              "|---" * (len(p.skin_phrases) + 1) + "|"]
