@@ -11,8 +11,6 @@ import pandas as pd
 
 from m2m.classify.data import eval_transform, image_set, real_rows, train_transform, training_rows
 from m2m.classify.train import run_classifier
-from m2m.data.splits import SPLIT_COLUMNS
-from m2m.errors import M2MError
 from m2m.evaluate import run_metrics
 from m2m.params import ClassifierParams
 
@@ -27,18 +25,6 @@ class RunOutputs:
     log: pd.DataFrame  # epoch, train_loss, val_loss, val_accuracy, val_f1_macro, lr
     per_class: pd.DataFrame  # label, precision, recall, f1, support (test rows)
     confusion: pd.DataFrame  # label x predicted counts (test rows)
-
-
-def read_split(path: Path) -> pd.DataFrame:
-    """A split CSV (columns md5hash, label, fitzpatrick_scale, role)."""
-    try:
-        split = pd.read_csv(path, dtype={"md5hash": str})
-    except FileNotFoundError:
-        raise M2MError(f"split {path} not found") from None
-    missing = [c for c in SPLIT_COLUMNS if c not in split.columns]
-    if missing:
-        raise M2MError(f"{path}: missing columns {missing}")
-    return split
 
 
 def prediction_table(rows: pd.DataFrame, probs: np.ndarray, conditions: tuple[str, ...]) -> pd.DataFrame:

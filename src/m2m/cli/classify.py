@@ -32,7 +32,8 @@ def classify(
     import torch
 
     from m2m.classify import run_name
-    from m2m.classify.run import classify_run, read_split
+    from m2m.classify.run import classify_run
+    from m2m.data.splits import read_split
 
     p = load_params(params_file, "classifier", "data")
     if source not in SOURCES:

@@ -20,6 +20,18 @@ SPLIT_COLUMNS = ["md5hash", "label", "fitzpatrick_scale", "role"]
 ROLES = ("train", "val", "test", "contrast")
 
 
+def read_split(path) -> pd.DataFrame:
+    """A split CSV written by this stage (columns SPLIT_COLUMNS); a missing file or column is an M2MError."""
+    try:
+        split = pd.read_csv(path, dtype={"md5hash": str})
+    except FileNotFoundError:
+        raise M2MError(f"split file {path} not found") from None
+    missing = [c for c in SPLIT_COLUMNS if c not in split.columns]
+    if missing:
+        raise M2MError(f"{path}: missing column(s) {', '.join(missing)}")
+    return split
+
+
 def draw_seed_images(subset: pd.DataFrame, fst_group: tuple[int, ...], n: int, seed: int) -> pd.DataFrame:
     """`n` images per condition from `fst_group`, drawn as the original implementation did (keep bit-identical)."""
     group = subset[subset.fitzpatrick_scale.isin(fst_group)]

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from m2m.data.imagefolder import find_image, load_rgb
+from m2m.data.splits import read_split
 from m2m.errors import M2MError
 
 GENERATOR_ROLES = ("train", "val")  # the generator trains on the whole training set (train + val)
-SPLIT_COLUMNS = ("md5hash", "label", "fitzpatrick_scale", "role")
 
 
 def condition_token(condition: str) -> str:
@@ -31,13 +31,7 @@ def condition_token(condition: str) -> str:
 
 def read_generator_rows(split_csv: Path | str, conditions: tuple[str, ...]) -> pd.DataFrame:
     """The train and val rows of a split (in file order), checked against `conditions` (data.conditions)."""
-    try:
-        split = pd.read_csv(split_csv, dtype={"md5hash": str})
-    except FileNotFoundError:
-        raise M2MError(f"split file {split_csv} not found") from None
-    missing = [c for c in SPLIT_COLUMNS if c not in split.columns]
-    if missing:
-        raise M2MError(f"{split_csv}: missing column(s) {', '.join(missing)}")
+    split = read_split(split_csv)
     unknown = split[~split.label.isin(conditions)]
     if len(unknown):
         row = unknown.index[0]

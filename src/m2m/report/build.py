@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from m2m.classify.data import read_manifest
-from m2m.classify.run import read_split
+from m2m.data.splits import read_split
 from m2m.params import SOURCES, StageParams
 from m2m.report.figures import confusion_figure, fst_accuracy_figure, pairs_figure, pick_pairs, title_note
 from m2m.report.runs import summed_confusion
