@@ -3,9 +3,12 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from m2m.compose import compose
+from m2m.devices import resolve_device
+from m2m.errors import M2MError
 from m2m.params import ParamsError, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +62,20 @@ def test_strategy_typo_is_named(raw):
     raw = {**raw, "generation": {**raw["generation"], "strategy": "img2img-lora+ti"}}
     with pytest.raises(ParamsError, match="generation.strategy"):
         parse_params(raw)
+
+
+@pytest.mark.parametrize("section", ["diffusion", "classifier"])
+def test_device_typo_is_named(raw, section):
+    raw = {**raw, section: {**raw[section], "device": "gpu"}}
+    with pytest.raises(ParamsError, match=rf"{section}\.device must be auto, cpu, cuda, cuda:<n> or mps, got 'gpu'"):
+        parse_params(raw)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_without_cuda_is_named():
+    assert resolve_device("auto", "classifier.device") == torch.device("cpu")
+    with pytest.raises(M2MError, match=r"classifier\.device is 'cuda:1' but no CUDA device is available"):
+        resolve_device("cuda:1", "classifier.device")
 
 
 def test_stage_sees_only_declared_sections(tmp_path):

@@ -37,6 +37,12 @@ class ParamsError(M2MError):
     """A parameter file or value is invalid; the message names the parameter."""
 
 
+def check_device(value: str, key: str) -> None:
+    """A device param is auto, cpu, cuda, cuda:<n> or mps (m2m.devices.resolve_device turns it into a device)."""
+    if value.split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
+        raise ParamsError(f"{key} must be auto, cpu, cuda, cuda:<n> or mps, got {value!r}")
+
+
 @dataclass(frozen=True)
 class DataParams:
     """Which rows of Fitzpatrick17k form the study subset."""
@@ -118,8 +124,7 @@ class DiffusionParams:
     def __post_init__(self):
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ParamsError(f"diffusion.dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
-        if self.device.split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
-            raise ParamsError(f"diffusion.device must be auto, cpu, cuda, cuda:<n> or mps, got {self.device!r}")
+        check_device(self.device, "diffusion.device")
         if self.resolution % 8:
             raise ParamsError(f"diffusion.resolution must be a multiple of 8, got {self.resolution}")
         if self.threads < 0:
@@ -236,6 +241,7 @@ class ClassifierParams:
             raise ParamsError(f"classifier.model_selection must be last or val, got {self.model_selection!r}")
         if self.crop_size > self.image_size:
             raise ParamsError(f"classifier.crop_size {self.crop_size} exceeds classifier.image_size {self.image_size}")
+        check_device(self.device, "classifier.device")
         if self.freeze_backbone and not self.pretrained:
             raise ParamsError("classifier.freeze_backbone is true but classifier.pretrained is false: "
                               "a frozen random backbone learns nothing; set one of them")

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from m2m.classify.models import build_model
+from m2m.devices import resolve_device
 from m2m.errors import M2MError
 from m2m.params import ClassifierParams
 
@@ -35,17 +36,6 @@ class RunResult:
     log: pd.DataFrame
     selected_epoch: int
     eval_probs: np.ndarray  # (N_eval, C) softmax probabilities
-
-
-def resolve_device(name: str) -> torch.device:
-    """`classifier.device`: auto (CUDA when present, else CPU), cpu or cuda."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise M2MError(f"classifier.device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise M2MError("classifier.device is cuda but no CUDA device is available; use auto or cpu")
-    return torch.device(name)
 
 
 def balanced_sampler(targets: torch.Tensor, num_classes: int, batch_size: int,
@@ -148,7 +138,7 @@ def run_classifier(arch: str, conditions: tuple[str, ...], train_set: Dataset, t
         load_eval: called once, after training, to read the test and contrast rows.
     """
     torch.manual_seed(seed)
-    device = resolve_device(params.device)
+    device = resolve_device(params.device, "classifier.device")
     model = build_model(arch, len(conditions), params.pretrained, params.freeze_backbone, params.crop_size)
     model.to(device)
     log, selected = fit(model, train_set, val_set, targets, len(conditions), params, seed, device)

@@ -27,11 +27,12 @@ def _runtime(diffusion):
     """(device, weight dtype) of the `diffusion` params; sets torch's CPU threads."""
     import torch
 
-    from m2m.diffusion.base import resolve_device, resolve_dtype
+    from m2m.devices import resolve_device
+    from m2m.diffusion.base import resolve_dtype
 
     if diffusion.threads:
         torch.set_num_threads(diffusion.threads)
-    device = resolve_device(diffusion.device)
+    device = resolve_device(diffusion.device, "diffusion.device")
     return device, resolve_dtype(diffusion.dtype, device)
 
 

@@ -12,19 +12,10 @@ from pathlib import Path
 
 import torch
 
+from m2m.devices import resolve_device
 from m2m.errors import M2MError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda if available, else cpu; anything else as given (`cpu`, `cuda:1`, `mps`)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise M2MError(f"diffusion.device is {name!r} but no CUDA device is available; use auto or cpu")
-    return device
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -77,7 +68,7 @@ def load_base_pipeline(base_model: str, device: torch.device | str = "auto", dty
 
     Training loads in float32 and casts its frozen parts itself; generation loads in the params' dtype.
     """
-    device = resolve_device(device) if isinstance(device, str) else device
+    device = resolve_device(device, "diffusion.device") if isinstance(device, str) else device
     dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
     folder = Path(base_model)
     if folder.is_dir():

@@ -172,6 +172,26 @@ def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
+def adamw(parameters: list, learning_rate: float, weight_decay: float, warmup: int, total: int):
+    """AdamW with `lr_lambda`'s warmup-then-cosine schedule: (optimizer, scheduler)."""
+    import torch
+
+    opt = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total))
+
+
+def optimizer_step(loss, opt, sched, clip_norm: float | None = None) -> None:
+    """Backpropagate `loss`, optionally clip the optimised parameters' gradient norm, step, advance the schedule."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_([q for group in opt.param_groups for q in group["params"]], clip_norm)
+    opt.step()
+    sched.step()
+
+
 def reconstruction_loss(recon, target, detail_weight: float):
     """MSE weighted towards pixels that differ from the image's mean colour (lesions), normalised by the weights.
 
@@ -196,8 +216,7 @@ def train_vae(images: np.ndarray, p: PretrainParams, log: Callable[[str], None] 
     with torch.no_grad():  # start with a narrow posterior: at std 1 the latents carried only the skin colour
         vae.quant_conv.bias[vae.config.latent_channels :] = p.vae.init_logvar
     pixels = to_tensor(images)  # (N, 3, S, S) in [-1, 1]
-    opt = torch.optim.AdamW(vae.parameters(), lr=p.vae.learning_rate, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(max(1, p.vae.steps // 20), p.vae.steps))
+    opt, sched = adamw(list(vae.parameters()), p.vae.learning_rate, 0.0, max(1, p.vae.steps // 20), p.vae.steps)
     gen = torch.Generator().manual_seed(p.seed)
     c, s = p.vae.crop_size, p.corpus.image_size
     loss = torch.tensor(float("nan"))
@@ -208,10 +227,7 @@ def train_vae(images: np.ndarray, p: PretrainParams, log: Callable[[str], None] 
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
         loss = reconstruction_loss(recon, batch, p.vae.detail_weight) + p.vae.kl_weight * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched)
         if step % 100 == 0 or step == p.vae.steps - 1:
             log(f"vae step {step} loss {loss.item():.5f}")
     vae.eval()
@@ -235,20 +251,17 @@ def finetune_decoder(vae, images: np.ndarray, p: PretrainParams, log: Callable[[
         param.requires_grad_(True)
     vae.decoder.train()
     pixels = to_tensor(images)  # (N, 3, S, S) in [-1, 1]
-    opt = torch.optim.AdamW(trainable, lr=p.vae.learning_rate, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(max(1, p.vae.decoder_steps // 20), p.vae.decoder_steps))
+    steps = p.vae.decoder_steps
+    opt, sched = adamw(trainable, p.vae.learning_rate, 0.0, max(1, steps // 20), steps)
     gen = torch.Generator().manual_seed(p.seed + 2)
     loss = torch.tensor(float("nan"))
-    for step in range(p.vae.decoder_steps):
+    for step in range(steps):
         batch = pixels[torch.randint(len(pixels), (p.vae.decoder_batch_size,), generator=gen)]
         with torch.no_grad():
             latents = vae.encode(batch).latent_dist.sample(generator=gen)
         loss = reconstruction_loss(vae.decode(latents).sample, batch, p.vae.detail_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 100 == 0 or step == p.vae.decoder_steps - 1:
+        optimizer_step(loss, opt, sched)
+        if step % 100 == 0 or step == steps - 1:
             log(f"vae decoder step {step} loss {loss.item():.5f}")
     vae.requires_grad_(True)
     return vae.eval(), float(loss.item())
@@ -325,9 +338,8 @@ def train_unet(vae, tokenizer, captions: list[str], images: np.ndarray, p: Pretr
     mean, std = encode_latents(vae, images)
     scale = vae.config.scaling_factor
     ids, empty = tokenize(tokenizer, captions), tokenize(tokenizer, [""])
-    params = [*unet.parameters(), *text_encoder.parameters()]
-    opt = torch.optim.AdamW(params, lr=p.unet.learning_rate, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(p.unet.warmup_steps, p.unet.steps))
+    opt, sched = adamw([*unet.parameters(), *text_encoder.parameters()], p.unet.learning_rate, 1e-2,
+                       p.unet.warmup_steps, p.unet.steps)
     ema_unet, ema_text = Ema(unet, p.unet.ema_decay), Ema(text_encoder, p.unet.ema_decay)
     gen = torch.Generator().manual_seed(p.seed + 1)
     running, start = None, time.perf_counter()
@@ -337,11 +349,7 @@ def train_unet(vae, tokenizer, captions: list[str], images: np.ndarray, p: Pretr
         drop = torch.rand(len(idx), generator=gen) < p.unet.uncond_probability
         batch_ids = torch.where(drop[:, None], empty, ids[idx])
         loss = diffusion_loss(unet, text_encoder, scheduler, latents, batch_ids, p.unet, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched, clip_norm=1.0)
         ema_unet.update(unet, step)
         ema_text.update(text_encoder, step)
         running = loss.item() if running is None else 0.99 * running + 0.01 * loss.item()
