@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from m2m.cli import app
 from m2m.params import SOURCES
 from m2m.report.figures import fst_accuracy_figure, title_note
+from m2m.report.tone import tone_rows, tone_table
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "data" / "published" / "paper_tables.csv"
@@ -113,8 +114,26 @@ def test_report_writes_tables_and_figures(tmp_path):
     assert "| ResNet-18 | real | 68.45 ± 0.42 | 69.42 ± 0.57 | 69.05 ± 0.42 | 67.94 ± 0.35 |" in tables
     assert "| ViT-B-16 | real | 70.38 ± 0.42 |" in tables and "|  | real+syn | 78.65 ± 0.53 |" in tables
     assert "Contrast (light) accuracy" in tables and "| 90.00 ± 0.00 |" in tables
+    assert "## Skin tone of the synthetic images (seed 0)" in tables
+    assert "| 1 | 5 | 2 |" in tables and "| 1 | 6 | 2 |" in tables  # two type-1 sources, one image of each target
     assert sorted(p.name for p in (out / "figures").iterdir()) == [
         "accuracy_per_fst.png", "confusion_resnet18.png", "pairs.png"]
+
+
+def test_tone_table_measures_the_synthetic_skin(tmp_path):
+    """A type-1 source (ITA 69) turned into a type-5 target (ITA -8) lands in both the type's and group's range;
+    one left light does not."""
+    light, dark = (241, 210, 190), (150, 100, 80)
+    paths = {}
+    for name, rgb in {"src": light, "dark": dark, "still_light": light}.items():
+        paths[name] = tmp_path / f"{name}.png"
+        Image.new("RGB", (96, 96), rgb).save(paths[name])
+    manifest = pd.DataFrame({"source_md5hash": ["src", "src"], "source_fitzpatrick_scale": [1, 1],
+                             "fitzpatrick_scale": [5, 5], "path": [paths["dark"], paths["still_light"]]})
+    tones = tone_rows(manifest, tmp_path)
+    assert tones.source_ita.round().tolist() == [69, 69]
+    assert tones.synthetic_ita.round().tolist() == [-8, 69]
+    assert "| 1 | 5 | 2 | 69.0 | 30.5 | 50% | 50% |" in tone_table(tones, [(1, 2), (5, 6)])
 
 
 def test_figure_titles_name_the_stand_in():

@@ -2,6 +2,7 @@
 
 - `runs`: read the run folders the `classify` stage wrote.
 - `tables`: the paper's Table 2/3/4 layout, the published tables, the light-vs-dark gap.
+- `tone`: the skin tone (ITA) of the synthetic images against their sources and target types.
 - `figures`: real/synthetic pairs (Fig. 2), confusion matrices, accuracy per Fitzpatrick type.
 - `table5`: the generation-strategy ablation from `dvc exp show --json`.
 - `build`: the whole report folder.

@@ -1,4 +1,5 @@
-"""The report folder: tables.md (paper Table 2/3/4 layout, published table, light-vs-dark gap) and figures/."""
+"""The report folder: tables.md (paper Table 2/3/4 layout, published table, light-vs-dark gap, skin tone of the
+synthetic set) and figures/."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from m2m.params import SOURCES, StageParams
 from m2m.report.figures import confusion_figure, fst_accuracy_figure, pairs_figure, pick_pairs, title_note
 from m2m.report.runs import summed_confusion
 from m2m.report.tables import PAPER_TABLE, gap_table, ours_table, published_table, read_published
+from m2m.report.tone import tone_rows, tone_table
 
 STAND_IN = ("> **Procedural stand-in.** `images.source` is `mini`: the images are rendered by the project, not "
             "dermatology photographs. These numbers test the pipeline, not the paper's claim.\n")
 
 
 def tables_markdown(p: StageParams, metrics: Mapping[str, float], published_csv: Path, n_test: int,
-                    n_contrast: int) -> str:
+                    n_contrast: int, tones: str) -> str:
     """tables.md for the current setting (see the module docstring)."""
     test_group = p.target_group
     contrast_group = "light" if test_group == "dark" else "dark"
@@ -41,6 +43,10 @@ def tables_markdown(p: StageParams, metrics: Mapping[str, float], published_csv:
               f"Contrast rows are the {n_contrast} seed images of the {contrast_group} group, never trained on; "
               f"the gap is contrast minus test accuracy.\n",
               gap_table(metrics, archs, SOURCES, test_group, contrast_group) + "\n",
+              f"## Skin tone of the synthetic images (seed {p.seeds[0]})\n",
+              "Individual typology angle (ITA) of each source and its synthetic image, from the median L*, b* of "
+              "the whole image; type ranges: I > 55°, II 41–55°, III 28–41°, IV 10–28°, V −30–10°, VI < −30°.\n",
+              tones + "\n",
               "## Figures\n",
               "- `figures/pairs.png`: real and synthetic image pairs per condition (Fig. 2)\n"
               + "".join(f"- `figures/confusion_{arch}.png`: test confusion matrices of {arch}\n" for arch in archs)
@@ -54,13 +60,15 @@ def build_report(p: StageParams, metrics: Mapping[str, float], runs: Path, split
     seed = p.seeds[0]
     split = read_split(Path(splits) / f"seed={seed}.csv")
     roles = split.role.value_counts()
-    text = tables_markdown(p, metrics, published, int(roles.get("test", 0)), int(roles.get("contrast", 0)))
+    manifest = read_manifest(Path(synthetic) / f"seed={seed}")
+    tones = tone_table(tone_rows(manifest, images), [p.data.light_fst, p.data.dark_fst])
+    text = tables_markdown(p, metrics, published, int(roles.get("test", 0)), int(roles.get("contrast", 0)), tones)
     (out / "tables.md").write_text(text)
     figures = out / "figures"
     figures.mkdir()
     note = title_note(p.images.source)
     pairs = p.report.pairs_per_condition
-    picked = pick_pairs(read_manifest(Path(synthetic) / f"seed={seed}"), p.data.conditions, pairs)
+    picked = pick_pairs(manifest, p.data.conditions, pairs)
     pairs_figure(picked, images, pairs, note).savefig(figures / "pairs.png", dpi=100)
     for arch in p.classifier.archs:
         confusions = {source: summed_confusion(runs, p.seeds, arch, source) for source in SOURCES}
