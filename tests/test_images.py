@@ -19,6 +19,7 @@ import threading
 import time
 import types
 from collections import Counter
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -244,6 +245,24 @@ def test_download_lands_only_verified_files_and_ledgers_every_row(server, tmp_pa
     assert pd.read_csv(tmp_path / "out/ledger.csv", dtype=str, keep_default_na=False).equals(ledger.astype(str))
     assert server.hits["/gone.jpg"] == 1 and server.hits["/forbidden.jpg"] == 1  # 403/404 are not retried
     assert server.user_agents == {POLICY.user_agent}
+
+
+def test_retry_waits_as_long_as_the_server_asks(server):
+    server.routes["/later.jpg"] = [send(429, **{"Retry-After": "5"}), send(503, **{"Retry-After": "soon"}),
+                                   send(200, GOOD)]
+    waits = []
+    obtained = download.Fetcher(POLICY, sleep=waits.append).fetch(server.url("/later.jpg"))
+    assert (obtained.status, obtained.attempts, obtained.data) == ("ok", 3, GOOD)
+    assert waits == [5.0, POLICY.backoff_s * 2]  # the server's 5 s, then the backoff (unreadable Retry-After)
+
+
+def test_retry_after_header_values():
+    now = datetime(2026, 12, 4, 12, 0, 0, tzinfo=timezone.utc)
+    assert download.retry_after_s("7") == 7.0
+    assert download.retry_after_s("86400") == download.MAX_RETRY_AFTER_S
+    assert download.retry_after_s("Fri, 04 Dec 2026 12:00:30 GMT", now) == 30.0
+    assert download.retry_after_s("Fri, 04 Dec 2026 11:00:00 GMT", now) == 0.0  # already past
+    assert download.retry_after_s("soon") == download.retry_after_s(None) == 0.0
 
 
 def test_strict_md5_rejects_mismatches_even_on_resume(server, tmp_path):

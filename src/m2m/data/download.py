@@ -1,8 +1,9 @@
 """HTTP fetching for stage `images`: TLS verified, redirects capped, transient failures retried with backoff.
 
 Only transient failures are retried (429, 5xx, connection resets, timeouts); 403, 404 and every other answer are
-final. The result is raw bytes: whether they are an image is decided by `m2m.data.images` from the bytes, never from
-the URL or the Content-Type.
+final. A server's `Retry-After` (seconds or an HTTP date) lengthens the wait before the next try, up to
+`MAX_RETRY_AFTER_S`. The result is raw bytes: whether they are an image is decided by `m2m.data.images` from the
+bytes, never from the URL or the Content-Type.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 
 import requests
 import urllib3
@@ -22,6 +25,8 @@ TRANSIENT = frozenset({"timeout", "connection_error"} | {f"http_{code}" for code
 #: Larger bodies are refused: Fitzpatrick17k's photos are well under 10 MiB, so this only stops runaway responses.
 MAX_BYTES = 64 << 20
 CHUNK_BYTES = 1 << 16
+#: A longer Retry-After is cut to this: the run retries sooner rather than stall for hours.
+MAX_RETRY_AFTER_S = 120.0
 
 
 class Fetcher:
@@ -33,14 +38,15 @@ class Fetcher:
         self._local = threading.local()
 
     def fetch(self, url: str) -> Obtained:
-        """GET `url`, retrying transient failures `retries` times after `backoff_s * 2**k` seconds (k = 0, 1, ...)."""
+        """GET `url`, retrying transient failures `retries` times after `backoff_s * 2**k` seconds (k = 0, 1, ...),
+        or after the server's Retry-After when that is longer."""
         attempt = 0
         while True:
             attempt += 1
-            status, data = self._attempt(url)
+            status, data, retry_after = self._attempt(url)
             if status not in TRANSIENT or attempt > self.params.retries:
                 return Obtained(status, attempt, data)
-            self._sleep(self.params.backoff_s * 2 ** (attempt - 1))
+            self._sleep(max(self.params.backoff_s * 2 ** (attempt - 1), retry_after))
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -51,27 +57,46 @@ class Fetcher:
             self._local.session = session
         return session
 
-    def _attempt(self, url: str) -> tuple[str, bytes]:
-        """One GET: ("ok", body) or (failure status, b"")."""
+    def _attempt(self, url: str) -> tuple[str, bytes, float]:
+        """One GET: ("ok", body, 0) or (failure status, b"", seconds the server asked to wait or 0)."""
         timeout = (self.params.timeout_s, self.params.timeout_s)  # connect, and each read of the body
         try:
             with self._session().get(url, timeout=timeout, stream=True, verify=True) as response:
                 if response.status_code != 200:
-                    return f"http_{response.status_code}", b""
-                return _read_body(response)
+                    return f"http_{response.status_code}", b"", retry_after_s(response.headers.get("Retry-After"))
+                return (*_read_body(response), 0.0)
         except requests.TooManyRedirects:
-            return "too_many_redirects", b""
+            return "too_many_redirects", b"", 0.0
         except requests.exceptions.SSLError:
-            return "tls_error", b""
+            return "tls_error", b"", 0.0
         except requests.Timeout:
-            return "timeout", b""
+            return "timeout", b"", 0.0
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
-            return ("timeout" if _is_read_timeout(err) else "connection_error"), b""
+            return ("timeout" if _is_read_timeout(err) else "connection_error"), b"", 0.0
         except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                 requests.exceptions.InvalidSchema):
-            return "bad_url", b""
+            return "bad_url", b"", 0.0
         except requests.RequestException:  # e.g. a malformed redirect or an undecodable Content-Encoding
-            return "request_error", b""
+            return "request_error", b"", 0.0
+
+
+def retry_after_s(value: str | None, now: datetime | None = None) -> float:
+    """Seconds a Retry-After header asks for (delay-seconds or an HTTP date), within 0..MAX_RETRY_AFTER_S; 0 when
+    absent or unreadable."""
+    if not value:
+        return 0.0
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return 0.0
+        if when.tzinfo is None:  # an HTTP date is GMT; a zone-less one is read as such
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
 def _read_body(response: requests.Response) -> tuple[str, bytes]:
