@@ -5,6 +5,7 @@ Downloads are served by a loopback HTTP server started here (127.0.0.1 only), wi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -84,6 +85,21 @@ def stall_mid_body(body: bytes):
         handler.wfile.write(body[:50])
         handler.wfile.flush()
         handler.server.release.wait(10)
+
+    return respond
+
+
+def drip(body: bytes, every_s: float):
+    """Send the body one byte at a time, each well within the read timeout: only an overall deadline ends it."""
+    def respond(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        for i in range(len(body)):
+            handler.wfile.write(body[i : i + 1])
+            handler.wfile.flush()
+            if handler.server.release.wait(every_s):
+                return
 
     return respond
 
@@ -254,6 +270,15 @@ def test_retry_waits_as_long_as_the_server_asks(server):
     obtained = download.Fetcher(POLICY, sleep=waits.append).fetch(server.url("/later.jpg"))
     assert (obtained.status, obtained.attempts, obtained.data) == ("ok", 3, GOOD)
     assert waits == [5.0, POLICY.backoff_s * 2]  # the server's 5 s, then the backoff (unreadable Retry-After)
+
+
+def test_a_dripping_body_ends_at_the_attempt_deadline(server):
+    server.routes["/drip.jpg"] = [drip(GOOD, every_s=0.02)]  # GOOD takes ~15 s to drip; the deadline is 1 s
+    policy = dataclasses.replace(POLICY, timeout_s=0.1, retries=0)
+    start = time.monotonic()
+    obtained = download.Fetcher(policy).fetch(server.url("/drip.jpg"))
+    assert (obtained.status, obtained.attempts, obtained.data) == ("timeout", 1, b"")
+    assert time.monotonic() - start < download.DEADLINE_PER_TIMEOUT * policy.timeout_s + 2
 
 
 def test_retry_after_header_values():

@@ -2,8 +2,10 @@
 
 Only transient failures are retried (429, 5xx, connection resets, timeouts); 403, 404 and every other answer are
 final. A server's `Retry-After` (seconds or an HTTP date) lengthens the wait before the next try, up to
-`MAX_RETRY_AFTER_S`. The result is raw bytes: whether they are an image is decided by `m2m.data.images` from the
-bytes, never from the URL or the Content-Type.
+`MAX_RETRY_AFTER_S`. Besides the per-read timeout, one attempt has an overall deadline of
+`DEADLINE_PER_TIMEOUT x images.timeout_s`, so a server that drips bytes cannot hold a worker forever. The result
+is raw bytes: whether they are an image is decided by `m2m.data.images` from the bytes, never from the URL or the
+Content-Type.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ TRANSIENT = frozenset({"timeout", "connection_error"} | {f"http_{code}" for code
 #: Larger bodies are refused: Fitzpatrick17k's photos are well under 10 MiB, so this only stops runaway responses.
 MAX_BYTES = 64 << 20
 CHUNK_BYTES = 1 << 16
+#: One attempt (connect, headers, whole body) may last this many `images.timeout_s` at most.
+DEADLINE_PER_TIMEOUT = 10
 #: A longer Retry-After is cut to this: the run retries sooner rather than stall for hours.
 MAX_RETRY_AFTER_S = 120.0
 
@@ -60,24 +64,29 @@ class Fetcher:
     def _attempt(self, url: str) -> tuple[str, bytes, float]:
         """One GET: ("ok", body, 0) or (failure status, b"", seconds the server asked to wait or 0)."""
         timeout = (self.params.timeout_s, self.params.timeout_s)  # connect, and each read of the body
+        deadline = time.monotonic() + DEADLINE_PER_TIMEOUT * self.params.timeout_s
         try:
             with self._session().get(url, timeout=timeout, stream=True, verify=True) as response:
                 if response.status_code != 200:
                     return f"http_{response.status_code}", b"", retry_after_s(response.headers.get("Retry-After"))
-                return (*_read_body(response), 0.0)
+                return (*_read_body(response, deadline), 0.0)
         except requests.TooManyRedirects:
             return "too_many_redirects", b"", 0.0
         except requests.exceptions.SSLError:
             return "tls_error", b"", 0.0
         except requests.Timeout:
             return "timeout", b"", 0.0
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
-            return ("timeout" if _is_read_timeout(err) else "connection_error"), b"", 0.0
+        except requests.ConnectionError:
+            return "connection_error", b"", 0.0
+        except urllib3.exceptions.ReadTimeoutError:  # the body, read by _read_body straight from urllib3
+            return "timeout", b"", 0.0
+        except urllib3.exceptions.ProtocolError:  # e.g. the connection closed before Content-Length bytes came
+            return "connection_error", b"", 0.0
         except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                 requests.exceptions.InvalidSchema):
             return "bad_url", b"", 0.0
-        except requests.RequestException:  # e.g. a malformed redirect or an undecodable Content-Encoding
-            return "request_error", b"", 0.0
+        except (requests.RequestException, urllib3.exceptions.HTTPError):
+            return "request_error", b"", 0.0  # e.g. a malformed redirect or an undecodable Content-Encoding
 
 
 def retry_after_s(value: str | None, now: datetime | None = None) -> float:
@@ -99,16 +108,18 @@ def retry_after_s(value: str | None, now: datetime | None = None) -> float:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
-def _read_body(response: requests.Response) -> tuple[str, bytes]:
+def _read_body(response: requests.Response, deadline: float) -> tuple[str, bytes]:
+    """The body as it arrives: "too_large" past MAX_BYTES, "timeout" past `deadline` (a `time.monotonic()` value).
+
+    read1 returns whatever has arrived, so a body dripping in under the per-read timeout still meets the deadline
+    (a 64 KiB `iter_content` read would block until its chunk was full).
+    """
     chunks, size = [], 0
-    for chunk in response.iter_content(CHUNK_BYTES):
+    while chunk := response.raw.read1(CHUNK_BYTES, decode_content=True):
         size += len(chunk)
         if size > MAX_BYTES:
             return "too_large", b""
+        if time.monotonic() > deadline:
+            return "timeout", b""
         chunks.append(chunk)
     return "ok", b"".join(chunks)
-
-
-def _is_read_timeout(err: Exception) -> bool:
-    """requests reports a body that stalls past the read timeout as a ConnectionError wrapping urllib3's timeout."""
-    return any(isinstance(arg, urllib3.exceptions.ReadTimeoutError) for arg in err.args)
