@@ -11,6 +11,8 @@ md5hash, label, fitzpatrick_scale, role. Roles:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
@@ -20,7 +22,7 @@ SPLIT_COLUMNS = ["md5hash", "label", "fitzpatrick_scale", "role"]
 ROLES = ("train", "val", "test", "contrast")
 
 
-def read_split(path) -> pd.DataFrame:
+def read_split(path: Path | str) -> pd.DataFrame:
     """A split CSV written by this stage (columns SPLIT_COLUMNS); a missing file or column is an M2MError."""
     try:
         split = pd.read_csv(path, dtype={"md5hash": str})
